@@ -108,6 +108,8 @@ pub struct StreamConfig {
     pub safety_poll_interval: Duration,
     /// Events read from the table per query during catch-up. Default 1000.
     pub read_batch_size: usize,
+    /// Whether `EventStream::start` applies pending migrations. Default true.
+    pub run_migrations: bool,
 }
 
 impl Default for StreamConfig {
@@ -128,6 +130,7 @@ impl Default for StreamConfig {
             write_batch_size: 1000,
             safety_poll_interval: Duration::from_secs(5),
             read_batch_size: 1000,
+            run_migrations: true,
         }
     }
 }

@@ -19,6 +19,7 @@ use tracing::{debug, warn};
 
 use crate::event::{Cursor, StoredEvent};
 use crate::hub::Frame;
+use crate::registry::Registration;
 use crate::request::{LastEventId, StreamParams};
 use crate::store::{self, Direction, EventFilter};
 use crate::stream::Shared;
@@ -101,6 +102,17 @@ pub struct Connection {
     announce_live: bool,
     lagging: bool,
     heartbeat: Interval,
+    identity: Identity,
+    registration: Option<Registration>,
+}
+
+/// Who a connection is before it opens.
+#[derive(Debug, Clone)]
+pub(crate) enum Identity {
+    /// Authenticate with the request's bearer token.
+    Token,
+    /// Already authenticated as an admin (a dashboard session): sees every event.
+    Admin(String),
 }
 
 impl Connection {
@@ -109,6 +121,7 @@ impl Connection {
         slot: ConnectionSlot,
         params: StreamParams,
         encoding: Encoding,
+        identity: Identity,
     ) -> Self {
         let period = shared.config.heartbeat_interval;
         let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
@@ -127,6 +140,8 @@ impl Connection {
             announce_live: false,
             lagging: false,
             heartbeat,
+            identity,
+            registration: None,
         }
     }
 
@@ -155,9 +170,16 @@ impl Connection {
 
     /// Authenticates, then sends the `retry:` hint and the `connected` frame and picks the phase.
     async fn open(&mut self) {
-        let subscriber = match self.authenticate().await {
-            Ok(subscriber) => subscriber,
-            Err((code, message)) => return self.fail(code, message),
+        let (subscriber, restriction) = match &self.identity {
+            Identity::Admin(admin) => (Some(admin.clone()), None),
+            Identity::Token => match self.authenticate().await {
+                Ok(subscriber) => {
+                    let scope = &self.shared.config.scope;
+                    let restriction = scope.restriction_for(subscriber.as_deref());
+                    (subscriber, restriction)
+                }
+                Err((code, message)) => return self.fail(code, message),
+            },
         };
 
         self.filter = EventFilter {
@@ -166,11 +188,7 @@ impl Connection {
                 .types
                 .as_ref()
                 .map(|types| types.iter().cloned().collect()),
-            concerning: self
-                .shared
-                .config
-                .scope
-                .restriction_for(subscriber.as_deref()),
+            concerning: restriction,
             from: None,
             until: None,
         };
@@ -210,6 +228,12 @@ impl Connection {
                 .push_back(wire::control_frame(ControlEvent::Gap, &gap, None));
         }
         debug!(subscriber = subscriber.as_deref().unwrap_or("-"), cursor = %self.last_seen, "connection opened");
+        let types = self.filter.types.as_ref();
+        let types = types.map(|types| types.iter().map(|t| t.to_string()).collect());
+        let dashboard = matches!(self.encoding, Encoding::Html(_));
+        let registration = self.shared.registry.register(subscriber, types, dashboard);
+        registration.entry.set_position(self.last_seen.position);
+        self.registration = Some(registration);
     }
 
     /// The subscriber id, or the `error` frame's code and message.
@@ -342,6 +366,7 @@ impl Connection {
             .metrics
             .events_delivered
             .fetch_add(page.len() as u64, Relaxed);
+        self.record_position();
         Some(chunk.freeze())
     }
 
@@ -443,6 +468,7 @@ impl Connection {
             .metrics
             .events_delivered
             .fetch_add(chosen.len() as u64, Relaxed);
+        self.record_position();
         match chosen.len() {
             0 => None,
             1 => chosen.pop(),
@@ -453,6 +479,12 @@ impl Connection {
                     .for_each(|frame| chunk.extend_from_slice(frame));
                 Some(chunk.freeze())
             }
+        }
+    }
+
+    fn record_position(&self) {
+        if let Some(registration) = &self.registration {
+            registration.entry.set_position(self.last_seen.position);
         }
     }
 

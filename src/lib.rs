@@ -30,9 +30,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
+pub mod cli;
 pub mod client;
 mod config;
 mod connection;
+mod demo;
 pub mod embedded;
 mod error;
 mod event;
@@ -40,9 +43,14 @@ mod hub;
 mod listener;
 mod metrics;
 mod migrate;
+pub mod ops;
+mod registry;
 mod request;
+mod server;
 mod store;
 mod stream;
+mod tail;
+pub mod telemetry;
 pub mod wire;
 mod writer;
 
@@ -58,6 +66,9 @@ pub use event::{
 pub use listener::CHANNEL;
 pub use metrics::MetricsSnapshot;
 pub use migrate::{migrate, migrations, Migration};
+pub use registry::ConnectionInfo;
 pub use request::{LastEventId, RequestError, StreamParams};
 pub use store::{Direction, EventFilter};
-pub use stream::{build_pool, emit_in, EventStream, HistoryPage, PageRequest, REPLAY_LIMIT};
+pub use stream::{
+    build_pool, emit_in, store_event, EventStream, HistoryPage, PageRequest, REPLAY_LIMIT,
+};

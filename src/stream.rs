@@ -25,12 +25,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::config::{ConfigError, StreamConfig};
-use crate::connection::{Connection, ConnectionSlot, Encoding};
+use crate::connection::{Connection, ConnectionSlot, Encoding, Identity};
 use crate::error::{EmitError, Error, PublishError};
 use crate::event::{Cursor, EventType, NewEvent, StoredEvent};
 use crate::hub::Hub;
 use crate::listener::Listener;
 use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::registry::{ConnectionInfo, Registry};
 use crate::request::{self, StreamParams};
 use crate::store::{self, Direction, EventFilter};
 use crate::writer::{Job, Writer};
@@ -54,6 +55,7 @@ pub(crate) struct Shared {
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub connections: Arc<AtomicUsize>,
+    pub registry: Arc<Registry>,
     pub shutdown: CancellationToken,
     jobs: mpsc::Sender<Job>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -103,7 +105,9 @@ impl EventStream {
             listener_config.application_name("kavach-stream-listener");
         }
         let mut client = pool.get().await?;
-        crate::migrate::migrate(&mut client).await?;
+        if config.run_migrations {
+            crate::migrate::migrate(&mut client).await?;
+        }
         let head = store::head(&**client).await?;
         drop(client);
 
@@ -140,6 +144,7 @@ impl EventStream {
             hub,
             metrics,
             connections,
+            registry: Arc::new(Registry::default()),
             shutdown,
             jobs,
             tasks,
@@ -314,7 +319,7 @@ impl EventStream {
             return None;
         }
         let params = request::parse_params(request, self.shared.config.event_types.as_ref());
-        Some(self.open_stream(params, Encoding::Json))
+        Some(self.open_stream(params, Encoding::Json, Identity::Token))
     }
 
     /// An axum router serving the stream at its path.
@@ -324,11 +329,29 @@ impl EventStream {
             .with_state(self.clone())
     }
 
+    /// Opens a connection for an already authenticated admin (a dashboard session), who sees
+    /// every allowed event in `encoding`.
+    pub(crate) fn open_admin_stream<B>(
+        &self,
+        request: &http::Request<B>,
+        admin: String,
+        encoding: Encoding,
+    ) -> Response {
+        let params = request::parse_params(request, self.shared.config.event_types.as_ref());
+        self.open_stream(params, encoding, Identity::Admin(admin))
+    }
+
+    /// The open connections of this instance, oldest first.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        self.shared.registry.snapshot()
+    }
+
     /// Opens a connection with already-parsed parameters, or answers why not.
-    pub(crate) fn open_stream(
+    fn open_stream(
         &self,
         params: Result<StreamParams, request::RequestError>,
         encoding: Encoding,
+        identity: Identity,
     ) -> Response {
         if self.is_closed() {
             return plain(StatusCode::SERVICE_UNAVAILABLE, "Stream is closed");
@@ -353,7 +376,7 @@ impl EventStream {
         };
         self.shared.metrics.connections_opened.fetch_add(1, Relaxed);
 
-        let connection = Connection::new(self.shared.clone(), slot, params, encoding);
+        let connection = Connection::new(self.shared.clone(), slot, params, encoding, identity);
         let chunks = futures_util::stream::unfold(connection, |mut connection| async move {
             let chunk = connection.next_chunk().await?;
             Some((Ok::<_, Infallible>(chunk), connection))
@@ -377,6 +400,20 @@ pub async fn emit_in(client: &impl GenericClient, event: &NewEvent) -> Result<()
     event.validate()?;
     store::insert_events(client, store::INSERT_EVENTS, &[event]).await?;
     Ok(())
+}
+
+/// Stores one event in its own transaction and returns its cursor once committed, without a
+/// running stream (the CLI's `emit`).
+pub async fn store_event(
+    client: &mut tokio_postgres::Client,
+    event: &NewEvent,
+) -> Result<Cursor, Error> {
+    let transaction = client.transaction().await?;
+    emit_in(&transaction, event).await?;
+    transaction.commit().await?;
+
+    let cursor = store::cursor_of(&*client, event.id).await?;
+    Ok(cursor.expect("a committed event has a position"))
 }
 
 /// A pool for `pg_config` with `size` connections and bounded waits.

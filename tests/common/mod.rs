@@ -39,6 +39,15 @@ pub struct TestDb {
 impl TestDb {
     /// Creates a database from the migrated template.
     pub async fn create() -> TestDb {
+        Self::create_from(&server().template).await
+    }
+
+    /// Creates a database with no schema at all.
+    pub async fn create_empty() -> TestDb {
+        Self::create_from("template0").await
+    }
+
+    async fn create_from(template: &str) -> TestDb {
         let server = server();
         let name = format!(
             "kavach_test_{}_{}",
@@ -48,10 +57,7 @@ impl TestDb {
 
         let admin = connect(&server.admin).await;
         admin
-            .batch_execute(&format!(
-                "CREATE DATABASE {name} TEMPLATE {}",
-                server.template
-            ))
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
             .await
             .expect("create the test database");
 
@@ -59,6 +65,21 @@ impl TestDb {
             server.admin.parse().expect("a valid connection string");
         pg_config.dbname(&name);
         TestDb { name, pg_config }
+    }
+
+    /// A connection string for this database, as a child process would take in DATABASE_URL.
+    pub fn url(&self) -> String {
+        let admin = &server().admin;
+        if admin.starts_with("postgres://") || admin.starts_with("postgresql://") {
+            let (base, _) = admin.rsplit_once('/').expect("a URL with a path");
+            let query = admin
+                .split_once('?')
+                .map_or(String::new(), |(_, query)| format!("?{query}"));
+            format!("{base}/{}{query}", self.name)
+        } else {
+            // In key=value form a later key wins.
+            format!("{admin} dbname={}", self.name)
+        }
     }
 
     /// A new connection to this database.

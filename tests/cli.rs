@@ -1,0 +1,369 @@
+//! The real `kavach-stream` binary: `serve`, `emit`, `tail`, `demo`, and its failures.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+
+use common::*;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_kavach-stream");
+
+/// A running `serve` or `demo`, with its output.
+struct Process {
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+    stderr: Lines<BufReader<ChildStderr>>,
+    address: String,
+}
+
+fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(BINARY);
+    command
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("KAVACH_TOKENS")
+        .kill_on_drop(true);
+    command
+}
+
+/// Starts the binary and waits for its "listening on" line.
+async fn start(mut command: Command) -> Process {
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = command.spawn().expect("spawn kavach-stream");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let stderr = BufReader::new(child.stderr.take().expect("piped")).lines();
+
+    let address = loop {
+        let line = tokio::time::timeout(WAIT, stdout.next_line())
+            .await
+            .expect("the server starts in time")
+            .expect("readable output")
+            .expect("the server prints where it listens");
+        if let Some(address) = line.strip_prefix("kavach-stream listening on ") {
+            break address.to_owned();
+        }
+    };
+    Process {
+        child,
+        stdout,
+        stderr,
+        address,
+    }
+}
+
+impl Process {
+    async fn next_stdout_line(&mut self) -> String {
+        tokio::time::timeout(WAIT, self.stdout.next_line())
+            .await
+            .expect("a line in time")
+            .expect("readable output")
+            .expect("the process is still running")
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    async fn terminate(mut self) -> Option<i32> {
+        let pid = self.child.id().expect("still running").to_string();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(killed.success());
+        let status = tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("exits in time")
+            .expect("wait");
+        status.code()
+    }
+}
+
+/// GETs `path` and returns the status and body.
+async fn get(address: &str, path: &str) -> (u16, String) {
+    let answer = raw_get(address, path).await;
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Runs a short command to completion: exit code, stdout, stderr.
+async fn run(mut command: Command) -> (Option<i32>, String, String) {
+    let output = tokio::time::timeout(WAIT, command.output())
+        .await
+        .expect("finishes in time")
+        .expect("runs");
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).expect("UTF-8 output");
+    (
+        output.status.code(),
+        text(output.stdout),
+        text(output.stderr),
+    )
+}
+
+#[tokio::test]
+async fn serve_answers_healthz_streams_a_sql_insert_and_stops_cleanly_on_sigterm() {
+    let db = TestDb::create().await;
+    let mut serve = command(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        "t-alice=alice",
+    ]);
+    serve.env("DATABASE_URL", db.url());
+    let server = start(serve).await;
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let health = loop {
+        let (status, body) = get(&server.address, "/healthz").await;
+        if status == 200 {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never healthy: {status} {body}"
+        );
+        tokio::time::sleep_until(
+            deadline.min(tokio::time::Instant::now() + std::time::Duration::from_millis(20)),
+        )
+        .await;
+    };
+    let health: serde_json::Value = serde_json::from_str(&health).expect("JSON health");
+    assert_eq!(health["listener"]["connected"], true);
+    assert!(health["notificationQueueUsage"].is_number());
+
+    let mut client = open(
+        &format!("{}/api/kavach/events/stream?token=t-alice", server.address),
+        &[],
+    )
+    .await;
+    assert_eq!(next_message(&mut client).await.event, "connected");
+    db.client()
+        .await
+        .batch_execute("INSERT INTO kavach_stream_events (type) VALUES ('auth.signin')")
+        .await
+        .expect("insert");
+    assert_eq!(next_event(&mut client).await.event, "auth.signin");
+
+    let (status, metrics) = get(&server.address, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("kavach_stream_connections 1"), "{metrics}");
+    assert!(
+        metrics.contains("kavach_stream_events_delivered_total 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("t-alice"));
+    assert_eq!(server.terminate().await, Some(0));
+    until_closed(&mut client).await;
+}
+
+#[tokio::test]
+async fn emit_then_tail_json_shows_the_event() {
+    let db = TestDb::create().await;
+    let mut serve = command(&["serve", "--listen", "127.0.0.1:0", "--token", "t-bob=bob"]);
+    serve.env("DATABASE_URL", db.url());
+    let server = start(serve).await;
+
+    let mut emit = command(&[
+        "emit",
+        "--type",
+        "agent.revoked",
+        "--data",
+        r#"{"reason":"manual"}"#,
+        "--agent-id",
+        "agent-7",
+    ]);
+    emit.env("DATABASE_URL", db.url());
+    let (code, stdout, stderr) = run(emit).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let id = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("id "))
+        .expect("the id is printed")
+        .to_owned();
+    assert!(
+        stdout.lines().any(|line| line.starts_with("cursor ")),
+        "{stdout}"
+    );
+
+    let url = format!("{}/api/kavach/events/stream", server.address);
+    let tail = command(&[
+        "tail",
+        "--url",
+        &url,
+        "--token",
+        "t-bob",
+        "--json",
+        "--since",
+        "2000-01-01T00:00:00Z",
+    ]);
+    let mut tail = tail_process(tail).await;
+    let line = tail.next_line().await;
+    let event: serde_json::Value = serde_json::from_str(&line).expect("one JSON object per line");
+
+    assert_eq!(event["id"], id);
+    assert_eq!(event["type"], "agent.revoked");
+    assert_eq!(event["data"]["reason"], "manual");
+    assert_eq!(event["agentId"], "agent-7");
+    drop(tail);
+    assert_eq!(server.terminate().await, Some(0));
+}
+
+/// A running `tail` and its output lines.
+struct Tail {
+    _child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Tail {
+    async fn next_line(&mut self) -> String {
+        tokio::time::timeout(WAIT, self.stdout.next_line())
+            .await
+            .expect("tail prints in time")
+            .expect("readable")
+            .expect("tail still runs")
+    }
+}
+
+async fn tail_process(mut command: Command) -> Tail {
+    command.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = command.spawn().expect("spawn tail");
+    let stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
+    Tail {
+        _child: child,
+        stdout,
+    }
+}
+
+#[tokio::test]
+async fn demo_produces_all_twelve_types_within_seconds_on_its_own_database() {
+    let mut demo = start(command(&["demo", "--listen", "127.0.0.1:0"])).await;
+    let dashboard_line = demo.next_stdout_line().await;
+    let token = dashboard_line
+        .rsplit(' ')
+        .next()
+        .expect("a token")
+        .trim_end_matches(')')
+        .to_owned();
+
+    let url = format!(
+        "{}/api/kavach/events/stream?token={token}&since=2000-01-01T00:00:00Z",
+        demo.address
+    );
+    let mut client = open(&url, &[]).await;
+    let mut seen = BTreeSet::new();
+    while seen.len() < 12 {
+        seen.insert(next_event(&mut client).await.event);
+    }
+    let database_dir = loop {
+        let line = tokio::time::timeout(WAIT, demo.stderr.next_line())
+            .await
+            .expect("logs")
+            .expect("readable")
+            .expect("open");
+        if let Some((_, rest)) = line.split_once("temporary PostgreSQL in ") {
+            break std::path::PathBuf::from(rest.split_whitespace().next().expect("a path"));
+        }
+    };
+
+    assert_eq!(seen.len(), 12, "{seen:?}");
+    assert!(database_dir.exists());
+    assert_eq!(demo.terminate().await, Some(0));
+    assert!(
+        !database_dir.exists(),
+        "the temporary PostgreSQL is removed at exit"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_database_url_is_one_line_and_a_nonzero_exit() {
+    let mut serve = command(&["serve", "--listen", "127.0.0.1:0", "--token", "t=u"]);
+    serve.env(
+        "DATABASE_URL",
+        "postgresql://nobody:hunter2@127.0.0.1:1/nothing",
+    );
+
+    let (code, _, stderr) = run(serve).await;
+
+    assert_eq!(code, Some(1));
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot start the event stream on nobody@127.0.0.1:1/nothing"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "the password never appears");
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_one_line_and_a_nonzero_exit() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address").to_string();
+
+    let (code, _, stderr) = run(command(&["serve", "--listen", &address, "--token", "t=u"])).await;
+
+    assert_eq!(code, Some(1));
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {address}")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn emit_refuses_a_malformed_type_or_data_with_a_clear_error() {
+    let db = TestDb::create().await;
+
+    for (args, expected) in [
+        (
+            ["emit", "--type", "Bad Type", "--data", "{}"],
+            "invalid event type",
+        ),
+        (
+            ["emit", "--type", "audit", "--data", "[1]"],
+            "must be a JSON object",
+        ),
+        (
+            ["emit", "--type", "audit", "--data", "{oops"],
+            "--data is not valid JSON",
+        ),
+    ] {
+        let mut emit = command(&args);
+        emit.env("DATABASE_URL", db.url());
+
+        let (code, _, stderr) = run(emit).await;
+
+        assert_eq!(code, Some(1), "{args:?}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn migrate_reports_what_it_applied_and_is_a_no_op_the_second_time() {
+    let db = TestDb::create_empty().await;
+    let migrate = || {
+        let mut migrate = command(&["migrate"]);
+        migrate.env("DATABASE_URL", db.url());
+        migrate
+    };
+
+    let (first_code, first, first_errors) = run(migrate()).await;
+    let (second_code, second, _) = run(migrate()).await;
+
+    assert_eq!(first_code, Some(0), "{first_errors}");
+    assert!(first.contains("applied 0001_events.sql"), "{first}");
+    assert!(
+        first.contains("applied 0002_commit_sequencer.sql"),
+        "{first}"
+    );
+    assert_eq!(second_code, Some(0));
+    assert!(second.starts_with("schema is up to date"), "{second}");
+}
