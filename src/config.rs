@@ -33,7 +33,33 @@ pub type ValidatorError = Box<dyn std::error::Error + Send + Sync>;
 pub trait TokenValidator: Send + Sync + 'static {
     /// Validates one token.
     fn validate(&self, token: String) -> ValidationFuture;
+
+    /// Validates one token and says until when it holds; the stream ends with an `error` frame
+    /// (`TOKEN_EXPIRED`) at that moment. By default tokens do not expire.
+    fn validate_session(&self, token: String) -> SessionFuture {
+        let validation = self.validate(token);
+        Box::pin(async move {
+            let subscriber = validation.await?;
+            Ok(subscriber.map(|subscriber| Session {
+                subscriber,
+                expires_at: None,
+            }))
+        })
+    }
 }
+
+/// A validated token: the subscriber it stands for, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The subscriber id (a user or agent id).
+    pub subscriber: String,
+    /// When the token expires, if it does.
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The boxed future of [`TokenValidator::validate_session`].
+pub type SessionFuture =
+    Pin<Box<dyn Future<Output = Result<Option<Session>, ValidatorError>> + Send>>;
 
 impl<F, Fut, E> TokenValidator for F
 where
@@ -110,6 +136,13 @@ pub struct StreamConfig {
     pub read_batch_size: usize,
     /// Whether `EventStream::start` applies pending migrations. Default true.
     pub run_migrations: bool,
+    /// Events committed longer ago than this are pruned; `None` keeps everything. Default 30 days.
+    pub retention: Option<Duration>,
+    /// How often retention runs. Default 60 s.
+    pub prune_interval: Duration,
+    /// Refuse a subscriber named by a stored `agent.revoked` event, even with a token the
+    /// validator accepts. Default false.
+    pub reject_revoked: bool,
 }
 
 impl Default for StreamConfig {
@@ -131,6 +164,9 @@ impl Default for StreamConfig {
             safety_poll_interval: Duration::from_secs(5),
             read_batch_size: 1000,
             run_migrations: true,
+            retention: Some(Duration::from_secs(30 * 24 * 60 * 60)),
+            prune_interval: Duration::from_secs(60),
+            reject_revoked: false,
         }
     }
 }

@@ -17,6 +17,7 @@ use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tracing::{debug, warn};
 
+use crate::config::Session;
 use crate::event::{Cursor, StoredEvent};
 use crate::hub::Frame;
 use crate::registry::Registration;
@@ -24,6 +25,7 @@ use crate::request::{LastEventId, StreamParams};
 use crate::store::{self, Direction, EventFilter};
 use crate::stream::Shared;
 use crate::wire::{self, ControlEvent, ErrorData};
+use chrono::{DateTime, Utc};
 
 /// Most frames gathered into one chunk written to the socket.
 const FRAMES_PER_CHUNK: usize = 256;
@@ -104,6 +106,8 @@ pub struct Connection {
     heartbeat: Interval,
     identity: Identity,
     registration: Option<Registration>,
+    /// When the token stops being valid; the stream ends with an `error` frame then.
+    expires_at: Option<DateTime<Utc>>,
 }
 
 /// Who a connection is before it opens.
@@ -142,6 +146,7 @@ impl Connection {
             heartbeat,
             identity,
             registration: None,
+            expires_at: None,
         }
     }
 
@@ -150,6 +155,12 @@ impl Connection {
         loop {
             if let Some(chunk) = self.pending.pop_front() {
                 return Some(chunk);
+            }
+            if matches!(self.phase, Phase::Replay | Phase::Live) {
+                if let Some((code, message)) = self.revoked_or_expired() {
+                    self.fail(code, message);
+                    continue;
+                }
             }
             match self.phase {
                 Phase::Open => self.open().await,
@@ -173,7 +184,9 @@ impl Connection {
         let (subscriber, restriction) = match &self.identity {
             Identity::Admin(admin) => (Some(admin.clone()), None),
             Identity::Token => match self.authenticate().await {
-                Ok(subscriber) => {
+                Ok(session) => {
+                    self.expires_at = session.as_ref().and_then(|session| session.expires_at);
+                    let subscriber = session.map(|session| session.subscriber);
                     let scope = &self.shared.config.scope;
                     let restriction = scope.restriction_for(subscriber.as_deref());
                     (subscriber, restriction)
@@ -236,8 +249,8 @@ impl Connection {
         self.registration = Some(registration);
     }
 
-    /// The subscriber id, or the `error` frame's code and message.
-    async fn authenticate(&mut self) -> Result<Option<String>, (&'static str, &'static str)> {
+    /// The session of the request's token, or the `error` frame's code and message.
+    async fn authenticate(&mut self) -> Result<Option<Session>, (&'static str, &'static str)> {
         let config = &self.shared.config;
         if !config.require_auth {
             return Ok(None);
@@ -251,26 +264,49 @@ impl Connection {
             .expect("config.check() demands a validator when auth is required");
 
         // On its own task, so a panicking validator ends this connection and nothing else.
-        let validation = tokio::spawn(async move { validator.validate(token).await });
-        match tokio::time::timeout(config.validator_timeout, validation).await {
-            Ok(Ok(Ok(Some(subscriber)))) => Ok(Some(subscriber)),
-            Ok(Ok(Ok(None))) => Err(("UNAUTHORIZED", "Invalid token")),
+        let validation = tokio::spawn(async move { validator.validate_session(token).await });
+        let session = match tokio::time::timeout(config.validator_timeout, validation).await {
+            Ok(Ok(Ok(Some(session)))) => session,
+            Ok(Ok(Ok(None))) => return Err(("UNAUTHORIZED", "Invalid token")),
             Ok(Ok(Err(error))) => {
                 warn!(error = %error, "token validator failed");
-                Err(("AUTH_ERROR", "Token validation failed"))
+                return Err(("AUTH_ERROR", "Token validation failed"));
             }
             Ok(Err(join_error)) => {
                 warn!(error = %join_error, "token validator panicked");
-                Err(("AUTH_ERROR", "Token validation failed"))
+                return Err(("AUTH_ERROR", "Token validation failed"));
             }
             Err(_) => {
-                warn!(
-                    timeout_ms = config.validator_timeout.as_millis() as u64,
-                    "token validator timed out"
-                );
-                Err(("AUTH_TIMEOUT", "Token validation timed out"))
+                let timeout_ms = config.validator_timeout.as_millis() as u64;
+                warn!(timeout_ms, "token validator timed out");
+                return Err(("AUTH_TIMEOUT", "Token validation timed out"));
             }
+        };
+
+        if session
+            .expires_at
+            .is_some_and(|expiry| expiry <= Utc::now())
+        {
+            return Err(("TOKEN_EXPIRED", "Token expired"));
         }
+        if config.reject_revoked && self.is_revoked(&session.subscriber).await? {
+            return Err(("UNAUTHORIZED", "Subscriber was revoked"));
+        }
+        Ok(Some(session))
+    }
+
+    async fn is_revoked(&self, subscriber: &str) -> Result<bool, (&'static str, &'static str)> {
+        let unavailable = (
+            "STORE_UNAVAILABLE",
+            "Could not check revocations; reconnect to retry",
+        );
+        let client = self.shared.pool.get().await.map_err(|_| unavailable)?;
+        store::is_revoked(&**client, subscriber)
+            .await
+            .map_err(|error| {
+                warn!(error = %error, "revocation check failed");
+                unavailable
+            })
     }
 
     /// Sets `last_seen` and the phase from `Last-Event-ID` (which wins) or `since`; returns the gap
@@ -410,15 +446,26 @@ impl Connection {
             .receiver
             .as_mut()
             .expect("a live connection has subscribed");
+        let revoked = self
+            .registration
+            .as_ref()
+            .map(|registration| registration.entry.revoked.clone());
         let received = tokio::select! {
             biased;
             _ = self.shared.shutdown.cancelled() => {
                 self.phase = Phase::Done;
                 return None;
             }
+            // Revocation and expiry are acted on by `next_chunk`; here they only wake the stream.
+            _ = until_cancelled(revoked) => return None,
+            _ = until(self.expires_at) => return None,
             received = receiver.recv() => received,
             _ = self.heartbeat.tick() => return Some(Bytes::from_static(wire::HEARTBEAT)),
         };
+        let receiver = self
+            .receiver
+            .as_mut()
+            .expect("a live connection has subscribed");
 
         let first = match received {
             Ok(frame) => frame,
@@ -480,6 +527,21 @@ impl Connection {
                 Some(chunk.freeze())
             }
         }
+    }
+
+    /// Why the stream must end now, if it must: the subscriber was revoked or the token expired.
+    fn revoked_or_expired(&self) -> Option<(&'static str, &'static str)> {
+        let revoked = self
+            .registration
+            .as_ref()
+            .is_some_and(|registration| registration.entry.revoked.is_cancelled());
+        if revoked {
+            return Some(("REVOKED", "This subscriber was revoked"));
+        }
+        if self.expires_at.is_some_and(|expiry| expiry <= Utc::now()) {
+            return Some(("TOKEN_EXPIRED", "Token expired"));
+        }
+        None
     }
 
     fn record_position(&self) {
@@ -561,4 +623,21 @@ impl Gap {
             resume_after: resume_after.to_string(),
         }
     }
+}
+
+/// Resolves when `token` is cancelled; never without one.
+async fn until_cancelled(token: Option<tokio_util::sync::CancellationToken>) {
+    match token {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves at `moment`; never without one.
+async fn until(moment: Option<DateTime<Utc>>) {
+    let Some(moment) = moment else {
+        return std::future::pending().await;
+    };
+    let wait = (moment - Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait).await;
 }

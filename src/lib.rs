@@ -46,6 +46,7 @@ mod migrate;
 pub mod ops;
 mod registry;
 mod request;
+mod retention;
 mod server;
 mod store;
 mod stream;
@@ -55,7 +56,8 @@ pub mod wire;
 mod writer;
 
 pub use config::{
-    ConfigError, Scope, StreamConfig, TokenValidator, ValidationFuture, ValidatorError,
+    ConfigError, Scope, Session, SessionFuture, StreamConfig, TokenValidator, ValidationFuture,
+    ValidatorError,
 };
 pub use connection::Encoding;
 pub use error::{EmitError, Error, PublishError};
@@ -68,7 +70,7 @@ pub use metrics::MetricsSnapshot;
 pub use migrate::{migrate, migrations, Migration};
 pub use registry::ConnectionInfo;
 pub use request::{LastEventId, RequestError, StreamParams};
-pub use store::{Direction, EventFilter};
+pub use store::{Direction, EventFilter, Pruned};
 pub use stream::{
     build_pool, emit_in, store_event, EventStream, HistoryPage, PageRequest, REPLAY_LIMIT,
 };

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use crate::event::Cursor;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::store;
 
 /// The NOTIFY channel the commit trigger rings.
@@ -32,6 +33,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub(crate) struct Listener {
     pub pg_config: tokio_postgres::Config,
     pub hub: Arc<Hub>,
+    pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub read_batch_size: i64,
     pub safety_poll_interval: Duration,
@@ -131,7 +133,20 @@ impl Listener {
                 position = after.position,
                 "listener read events"
             );
+            // Revoked subscribers lose their streams on every instance, since every instance reads
+            // the same rows.
+            let revoked: Vec<String> = events
+                .iter()
+                .filter(|event| event.event_type.as_str() == "agent.revoked")
+                .filter_map(|event| event.agent_id.clone())
+                .collect();
             self.hub.publish(events);
+            for subscriber in revoked {
+                let closed = self.registry.revoke(&subscriber);
+                if closed > 0 {
+                    info!(subscriber = %subscriber, connections = closed, "closed the streams of a revoked subscriber");
+                }
+            }
 
             if !full_batch {
                 return Ok(());

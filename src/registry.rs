@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 /// A snapshot of one open connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -39,6 +40,8 @@ pub(crate) struct Registry {
 pub(crate) struct Entry {
     info: ConnectionInfo,
     position: AtomicI64,
+    /// Cancelled when the subscriber is revoked.
+    pub revoked: CancellationToken,
 }
 
 impl Entry {
@@ -84,6 +87,7 @@ impl Registry {
         let entry = Arc::new(Entry {
             info,
             position: AtomicI64::new(0),
+            revoked: CancellationToken::new(),
         });
         self.entries
             .lock()
@@ -93,6 +97,17 @@ impl Registry {
             registry: self.clone(),
             entry,
         }
+    }
+
+    /// Ends the connections of a revoked subscriber.
+    pub fn revoke(&self, subscriber: &str) -> usize {
+        let entries = self.entries.lock().expect("never held across a panic");
+        let revoked: Vec<&Arc<Entry>> = entries
+            .values()
+            .filter(|entry| entry.info.subscriber.as_deref() == Some(subscriber))
+            .collect();
+        revoked.iter().for_each(|entry| entry.revoked.cancel());
+        revoked.len()
     }
 
     /// Every open connection, oldest first.

@@ -261,3 +261,61 @@ fn event_from_row(row: &Row) -> Result<StoredEvent, tokio_postgres::Error> {
         user_id: row.try_get(7)?,
     })
 }
+
+/// Whether an `agent.revoked` event names this subscriber.
+pub(crate) async fn is_revoked(
+    client: &impl GenericClient,
+    subscriber: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let sql = "SELECT EXISTS (SELECT 1 FROM kavach_stream_events WHERE type = 'agent.revoked' AND agent_id = $1)";
+    let row = client.query_one(sql, &[&subscriber]).await?;
+    Ok(row.get(0))
+}
+
+/// What one pruning pass removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pruned {
+    /// Transactions (positions) removed.
+    pub transactions: i64,
+    /// Events removed.
+    pub events: i64,
+    /// The last position pruned so far.
+    pub through: i64,
+}
+
+/// Removes up to `batch` of the oldest transactions committed before `cutoff`, with their events,
+/// and records how far pruning got. One instance prunes at a time; the others find the lock taken
+/// and skip. Deleting old rows never blocks writers, which only insert.
+pub(crate) async fn prune(
+    client: &mut tokio_postgres::Client,
+    cutoff: DateTime<Utc>,
+    batch: i64,
+) -> Result<Pruned, tokio_postgres::Error> {
+    let transaction = client.transaction().await?;
+    let locked: bool = transaction
+        .query_one("SELECT pg_try_advisory_xact_lock(1801549412)", &[])
+        .await?
+        .get(0);
+    if !locked {
+        return Ok(Pruned::default());
+    }
+
+    let sql = "WITH doomed AS ( \
+             SELECT position, xid FROM kavach_stream_commits \
+             WHERE committed_at < $1 ORDER BY position LIMIT $2 \
+         ), events_gone AS ( \
+             DELETE FROM kavach_stream_events e USING doomed d WHERE e.xid = d.xid RETURNING 1 \
+         ), commits_gone AS ( \
+             DELETE FROM kavach_stream_commits c USING doomed d WHERE c.position = d.position RETURNING c.position \
+         ) \
+         UPDATE kavach_stream_state \
+         SET pruned_through = greatest(pruned_through, (SELECT coalesce(max(position), 0) FROM commits_gone)) \
+         RETURNING (SELECT count(*) FROM commits_gone), (SELECT count(*) FROM events_gone), pruned_through";
+    let row = transaction.query_one(sql, &[&cutoff, &batch]).await?;
+    transaction.commit().await?;
+    Ok(Pruned {
+        transactions: row.get(0),
+        events: row.get(1),
+        through: row.get(2),
+    })
+}

@@ -33,7 +33,8 @@ use crate::listener::Listener;
 use crate::metrics::{Metrics, MetricsSnapshot};
 use crate::registry::{ConnectionInfo, Registry};
 use crate::request::{self, StreamParams};
-use crate::store::{self, Direction, EventFilter};
+use crate::retention::Pruner;
+use crate::store::{self, Direction, EventFilter, Pruned};
 use crate::writer::{Job, Writer};
 
 /// Most events `replay` returns, as in the reference module.
@@ -116,9 +117,11 @@ impl EventStream {
         let shutdown = CancellationToken::new();
         let (jobs, job_queue) = mpsc::channel(config.emit_queue_capacity);
 
+        let registry = Arc::new(Registry::default());
         let listener = Listener {
             pg_config: listener_config,
             hub: hub.clone(),
+            registry: registry.clone(),
             metrics: metrics.clone(),
             read_batch_size: config.read_batch_size as i64,
             safety_poll_interval: config.safety_poll_interval,
@@ -130,10 +133,19 @@ impl EventStream {
             batch_size: config.write_batch_size,
             shutdown: shutdown.clone(),
         };
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(listener.run(head)),
             tokio::spawn(writer.run(job_queue)),
         ];
+        if let Some(retention) = config.retention {
+            let pruner = Pruner {
+                pool: pool.clone(),
+                retention,
+                interval: config.prune_interval,
+                shutdown: shutdown.clone(),
+            };
+            tasks.push(tokio::spawn(pruner.run()));
+        }
         info!(position = head.position, path = %config.path, require_auth = config.require_auth, "event stream started");
 
         let connections = Arc::new(AtomicUsize::new(0));
@@ -144,7 +156,7 @@ impl EventStream {
             hub,
             metrics,
             connections,
-            registry: Arc::new(Registry::default()),
+            registry,
             shutdown,
             jobs,
             tasks,
@@ -266,6 +278,12 @@ impl EventStream {
                     .collect(),
             ),
         }
+    }
+
+    /// Prunes now what the retention period says is expired, instead of waiting for the timer.
+    pub async fn prune_expired(&self) -> Result<Pruned, Error> {
+        let retention = self.shared.config.retention.unwrap_or(Duration::MAX);
+        crate::retention::prune_expired(&self.shared.pool, retention).await
     }
 
     /// Open SSE connections of this instance, counting those still authenticating.
