@@ -97,6 +97,14 @@ pub struct ServeArgs {
     /// Do not apply pending migrations at startup.
     #[arg(long, env = "KAVACH_NO_MIGRATE")]
     pub no_migrate: bool,
+
+    /// Milliseconds a client has to send a request's headers (slow-loris protection).
+    #[arg(long, env = "KAVACH_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+
+    /// Milliseconds a write to a client may make no progress before the connection is closed.
+    #[arg(long, env = "KAVACH_WRITE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub write_timeout_ms: u64,
 }
 
 /// `--scope`.

@@ -52,6 +52,7 @@ mod store;
 mod stream;
 mod tail;
 pub mod telemetry;
+pub mod transport;
 pub mod wire;
 mod writer;
 

@@ -20,6 +20,7 @@ use crate::embedded::{TempPostgres, TempPostgresOptions};
 use crate::ops::{self, HealthPolicy};
 use crate::store::EventFilter;
 use crate::stream::EventStream;
+use crate::transport::{self, ServerLimits};
 
 /// How long open HTTP connections get to finish after the streams have ended.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -152,8 +153,12 @@ pub async fn serve(args: ServeArgs, demo: bool) -> anyhow::Result<()> {
             stream.close().await;
         }
     };
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown);
-    let outcome = served.await;
+    let limits = ServerLimits {
+        header_read_timeout: Duration::from_millis(args.header_timeout_ms),
+        write_timeout: Duration::from_millis(args.write_timeout_ms),
+        ..ServerLimits::default()
+    };
+    transport::serve(listener, app, limits, shutdown).await;
 
     if let Some(traffic) = traffic {
         let _ = traffic.await;
@@ -161,7 +166,7 @@ pub async fn serve(args: ServeArgs, demo: bool) -> anyhow::Result<()> {
     stream.close().await;
     database.close().await;
     info!("stopped");
-    outcome.context("server failed")
+    Ok(())
 }
 
 /// The whole HTTP application of `serve`.

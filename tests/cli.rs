@@ -367,3 +367,144 @@ async fn migrate_reports_what_it_applied_and_is_a_no_op_the_second_time() {
     assert_eq!(second_code, Some(0));
     assert!(second.starts_with("schema is up to date"), "{second}");
 }
+
+/// Waits until `/metrics` reports `connections` open SSE connections.
+async fn wait_for_connections(address: &str, connections: usize) {
+    let expected = format!("kavach_stream_connections {connections}\n");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, metrics) = get(address, "/metrics").await;
+        if metrics.contains(&expected) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never {expected}: {metrics}"
+        );
+        tokio::time::sleep_until(
+            deadline.min(tokio::time::Instant::now() + std::time::Duration::from_millis(20)),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn headers_trickled_byte_by_byte_are_cut_off_by_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let db = TestDb::create().await;
+    let mut serve = command(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        "t=u",
+        "--header-timeout-ms",
+        "300",
+    ]);
+    serve.env("DATABASE_URL", db.url());
+    let server = start(serve).await;
+    let mut socket = tokio::net::TcpStream::connect(server.address.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let started = tokio::time::Instant::now();
+    let mut closed = false;
+    for byte in request {
+        socket.write_all(&[*byte]).await.ok();
+        // Wait up to 100 ms for the server to give up on us before trickling the next byte.
+        let mut answer = [0u8; 256];
+        if let Ok(read) = tokio::time::timeout(
+            std::time::Duration::from_millis(100),
+            socket.read(&mut answer),
+        )
+        .await
+        {
+            closed = matches!(read, Ok(0) | Err(_)) || answer.starts_with(b"HTTP/1.1 408");
+            break;
+        }
+    }
+
+    assert!(closed, "the server cut the connection");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "long before the headers were complete"
+    );
+    assert_eq!(server.terminate().await, Some(0));
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
+    use tokio::io::AsyncWriteExt;
+
+    let db = TestDb::create().await;
+    let mut serve = command(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--token",
+        "t=u",
+        "--write-timeout-ms",
+        "300",
+    ]);
+    serve.env("DATABASE_URL", db.url());
+    let server = start(serve).await;
+    let address: std::net::SocketAddr = server
+        .address
+        .trim_start_matches("http://")
+        .parse()
+        .expect("an address");
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .set_recv_buffer_size(16 * 1024)
+        .expect("a small receive buffer");
+    let mut stalled = socket.connect(address).await.expect("connect");
+    let request = "GET /api/kavach/events/stream?token=t HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
+    stalled
+        .write_all(request.as_bytes())
+        .await
+        .expect("send the request");
+    wait_for_connections(&server.address, 1).await;
+
+    // About 24 MB of frames: far more than the socket buffers hold.
+    db.client()
+        .await
+        .batch_execute("INSERT INTO kavach_stream_events (type, data) SELECT 'audit', jsonb_build_object('blob', repeat('x', 60000)) FROM generate_series(1, 400)")
+        .await
+        .expect("insert");
+
+    wait_for_connections(&server.address, 0).await;
+    drop(stalled);
+    assert_eq!(server.terminate().await, Some(0));
+}
+
+#[tokio::test]
+async fn an_oversized_request_head_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let db = TestDb::create().await;
+    let mut serve = command(&["serve", "--listen", "127.0.0.1:0", "--token", "t=u"]);
+    serve.env("DATABASE_URL", db.url());
+    let server = start(serve).await;
+    let mut socket = tokio::net::TcpStream::connect(server.address.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+
+    let huge = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100_000)
+    );
+    let _ = socket.write_all(huge.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, socket.read_to_end(&mut answer))
+        .await
+        .expect("an answer in time");
+
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    assert_eq!(server.terminate().await, Some(0));
+}
