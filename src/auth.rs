@@ -1,11 +1,13 @@
-//! Ready-made token validators: a fixed table of tokens (the binary's `--token TOKEN=SUBSCRIBER`).
+//! Ready-made token validators: a fixed table of tokens (the binary's `--token TOKEN=SUBSCRIBER`),
+//! and [`FirstMatch`], which asks several validators in turn (static tokens, then JWTs).
 //!
 //! Tokens are compared in constant time, so response timing does not reveal how much of a guess
 //! was right.
 
 use std::fmt;
+use std::sync::Arc;
 
-use crate::config::{TokenValidator, ValidationFuture};
+use crate::config::{SessionFuture, TokenValidator, ValidationFuture};
 
 /// A fixed set of tokens, each naming its subscriber.
 #[derive(Clone, Default)]
@@ -66,6 +68,45 @@ impl fmt::Debug for StaticTokens {
         f.debug_struct("StaticTokens")
             .field("tokens", &self.entries.len())
             .finish()
+    }
+}
+
+/// Asks each validator in turn; the first that accepts the token decides. An error from one
+/// validator is an error for the token, so a failing check is never skipped silently.
+#[derive(Clone, Default)]
+pub struct FirstMatch {
+    validators: Vec<Arc<dyn TokenValidator>>,
+}
+
+impl FirstMatch {
+    /// Adds a validator, asked after those added before.
+    pub fn or(mut self, validator: impl TokenValidator) -> Self {
+        self.validators.push(Arc::new(validator));
+        self
+    }
+
+    /// Whether no validator was added.
+    pub fn is_empty(&self) -> bool {
+        self.validators.is_empty()
+    }
+}
+
+impl TokenValidator for FirstMatch {
+    fn validate(&self, token: String) -> ValidationFuture {
+        let session = self.validate_session(token);
+        Box::pin(async move { Ok(session.await?.map(|session| session.subscriber)) })
+    }
+
+    fn validate_session(&self, token: String) -> SessionFuture {
+        let validators = self.validators.clone();
+        Box::pin(async move {
+            for validator in validators {
+                if let Some(session) = validator.validate_session(token.clone()).await? {
+                    return Ok(Some(session));
+                }
+            }
+            Ok(None)
+        })
     }
 }
 

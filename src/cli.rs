@@ -98,6 +98,18 @@ pub struct ServeArgs {
     #[arg(long, env = "KAVACH_NO_MIGRATE")]
     pub no_migrate: bool,
 
+    /// Accept HS256 JWTs signed with this secret (`sub` is the subscriber; `exp` is enforced).
+    #[arg(long, env = "KAVACH_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Accept RS256 or ES256 JWTs verified with this PEM public key file.
+    #[arg(long, value_name = "PEM_FILE", env = "KAVACH_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+
+    /// Days of events to keep; older ones are pruned. 0 keeps everything.
+    #[arg(long, env = "KAVACH_RETENTION_DAYS", default_value_t = 30)]
+    pub retention_days: u64,
+
     /// Milliseconds a client has to send a request's headers (slow-loris protection).
     #[arg(long, env = "KAVACH_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_timeout_ms: u64,

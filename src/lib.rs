@@ -40,6 +40,7 @@ pub mod embedded;
 mod error;
 mod event;
 mod hub;
+pub mod jwt;
 mod listener;
 mod metrics;
 mod migrate;

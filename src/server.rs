@@ -13,10 +13,11 @@ use tokio_postgres::config::Host;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::auth::StaticTokens;
+use crate::auth::{FirstMatch, StaticTokens};
 use crate::cli::{ScopeArg, ServeArgs};
 use crate::config::{Scope, StreamConfig};
 use crate::embedded::{TempPostgres, TempPostgresOptions};
+use crate::jwt::JwtValidator;
 use crate::ops::{self, HealthPolicy};
 use crate::store::EventFilter;
 use crate::stream::EventStream;
@@ -183,14 +184,17 @@ fn stream_config(
     args: &ServeArgs,
     demo_token: Option<&str>,
 ) -> anyhow::Result<(StreamConfig, HashSet<String>)> {
-    let mut tokens = args.tokens.clone();
     let mut admins: HashSet<String> = args.admins.iter().cloned().collect();
+    let mut tokens = args.tokens.clone();
     if let Some(token) = demo_token {
         tokens.push((token.to_owned(), "demo-admin".to_owned()));
         admins.insert("demo-admin".to_owned());
     }
-    if !args.no_auth && tokens.is_empty() {
-        anyhow::bail!("no tokens configured: pass --token TOKEN=SUBSCRIBER (or KAVACH_TOKENS), or --no-auth for local development");
+    let validator = validator(args, tokens)?;
+    if !args.no_auth && validator.is_empty() {
+        anyhow::bail!(
+            "no way to authenticate: pass --token TOKEN=SUBSCRIBER, --jwt-secret or --jwt-public-key, or --no-auth for local development"
+        );
     }
 
     let scope = match args.scope {
@@ -199,6 +203,7 @@ fn stream_config(
             admins: admins.clone(),
         },
     };
+    let retention_days = Duration::from_secs(args.retention_days * 24 * 60 * 60);
     let config = StreamConfig {
         max_connections: args.max_connections,
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms.max(1)),
@@ -207,10 +212,29 @@ fn stream_config(
         require_auth: !args.no_auth,
         scope,
         run_migrations: !args.no_migrate,
+        retention: (args.retention_days > 0).then_some(retention_days),
+        reject_revoked: true,
         ..StreamConfig::default()
     }
-    .validate_token(StaticTokens::new(tokens));
+    .validate_token(validator);
     Ok((config, admins))
+}
+
+/// Static tokens first, then JWTs, as configured.
+fn validator(args: &ServeArgs, tokens: Vec<(String, String)>) -> anyhow::Result<FirstMatch> {
+    let mut validator = FirstMatch::default();
+    if !tokens.is_empty() {
+        validator = validator.or(StaticTokens::new(tokens));
+    }
+    if let Some(secret) = &args.jwt_secret {
+        validator = validator.or(JwtValidator::hs256(secret.as_bytes()));
+    }
+    if let Some(path) = &args.jwt_public_key {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read --jwt-public-key {}", path.display()))?;
+        validator = validator.or(JwtValidator::from_public_key_pem(&pem)?);
+    }
+    Ok(validator)
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM, then bounds the drain that follows.

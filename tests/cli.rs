@@ -508,3 +508,54 @@ async fn an_oversized_request_head_is_refused() {
     );
     assert_eq!(server.terminate().await, Some(0));
 }
+
+#[tokio::test]
+async fn serve_accepts_hs256_jwts_and_ends_the_stream_when_one_expires() {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+
+    let db = TestDb::create().await;
+    let mut serve = command(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--jwt-secret",
+        "shared-secret",
+    ]);
+    serve.env("DATABASE_URL", db.url());
+    let server = start(serve).await;
+    let token = |exp: i64| {
+        let claims = serde_json::json!({ "sub": "carol", "exp": exp });
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(b"shared-secret"),
+        )
+        .expect("sign")
+    };
+    let url = format!("{}/api/kavach/events/stream", server.address);
+    let now = chrono::Utc::now().timestamp();
+
+    let mut expired = open(
+        &url,
+        &[("authorization", &format!("Bearer {}", token(now - 60)))],
+    )
+    .await;
+    let mut expiring = open(
+        &url,
+        &[("authorization", &format!("Bearer {}", token(now + 2)))],
+    )
+    .await;
+
+    assert_eq!(
+        json(&next_message(&mut expired).await)["code"],
+        "UNAUTHORIZED"
+    );
+    let connected = next_message(&mut expiring).await;
+    assert_eq!(json(&connected)["subscriber"], "carol");
+    let ended = next_message(&mut expiring).await;
+    assert_eq!(
+        (ended.event.as_str(), json(&ended)["code"].clone()),
+        ("error", "TOKEN_EXPIRED".into())
+    );
+    assert_eq!(server.terminate().await, Some(0));
+}
