@@ -35,6 +35,7 @@ pub mod cli;
 pub mod client;
 mod config;
 mod connection;
+pub mod dashboard;
 mod demo;
 pub mod embedded;
 mod error;
@@ -71,7 +72,7 @@ pub use listener::CHANNEL;
 pub use metrics::MetricsSnapshot;
 pub use migrate::{migrate, migrations, Migration};
 pub use registry::ConnectionInfo;
-pub use request::{LastEventId, RequestError, StreamParams};
+pub use request::{is_stream_request, parse_params, LastEventId, RequestError, StreamParams};
 pub use store::{Direction, EventFilter, Pruned};
 pub use stream::{
     build_pool, emit_in, store_event, EventStream, HistoryPage, PageRequest, REPLAY_LIMIT,

@@ -212,6 +212,27 @@ impl TestApp {
         }
     }
 
+    /// Serves `app` (a router built around `stream`, e.g. with the dashboard merged in) at
+    /// `address`.
+    pub async fn serve_app(stream: EventStream, address: &str, app: axum::Router) -> TestApp {
+        let listener = TcpListener::bind(address).await.expect("bind a test port");
+        let base_url = format!("http://{}", listener.local_addr().expect("a bound address"));
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stopped.cancelled().await })
+                .await
+                .expect("serve the test app");
+        });
+        TestApp {
+            stream,
+            base_url,
+            server,
+            stop,
+        }
+    }
+
     /// The stream URL with a query string (without the `?`).
     pub fn url(&self, query: &str) -> String {
         format!("{}/api/kavach/events/stream?{query}", self.base_url)
