@@ -157,6 +157,11 @@ impl Connection {
                 return Some(chunk);
             }
             if matches!(self.phase, Phase::Replay | Phase::Live) {
+                // A replaying connection must notice `close()` too, not only a live one.
+                if self.shared.shutdown.is_cancelled() {
+                    self.phase = Phase::Done;
+                    continue;
+                }
                 if let Some((code, message)) = self.revoked_or_expired() {
                     self.fail(code, message);
                     continue;
@@ -503,6 +508,13 @@ impl Connection {
                 continue;
             }
             self.last_seen = event.cursor;
+            if self.revokes_me(event) {
+                // The registry may not have known this connection yet when the listener revoked.
+                if let Some(registration) = &self.registration {
+                    registration.entry.revoked.cancel();
+                }
+                break;
+            }
             if self.filter.admits(
                 &event.event_type,
                 event.agent_id.as_deref(),
@@ -527,6 +539,17 @@ impl Connection {
                 Some(chunk.freeze())
             }
         }
+    }
+
+    /// Whether `event` revokes this connection's subscriber.
+    fn revokes_me(&self, event: &StoredEvent) -> bool {
+        let subscriber = self
+            .registration
+            .as_ref()
+            .and_then(|registration| registration.entry.subscriber());
+        event.event_type.as_str() == "agent.revoked"
+            && subscriber.is_some()
+            && event.agent_id.as_deref() == subscriber
     }
 
     /// Why the stream must end now, if it must: the subscriber was revoked or the token expired.

@@ -45,6 +45,11 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// The subscriber of the connection.
+    pub fn subscriber(&self) -> Option<&str> {
+        self.info.subscriber.as_deref()
+    }
+
     /// Records how far the connection has read.
     pub fn set_position(&self, position: i64) {
         self.position.store(position, Relaxed);
