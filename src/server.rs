@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::auth::{FirstMatch, StaticTokens};
 use crate::cli::{ScopeArg, ServeArgs};
 use crate::config::{Scope, StreamConfig};
+use crate::dashboard::{self, DashboardConfig};
 use crate::embedded::{TempPostgres, TempPostgresOptions};
 use crate::jwt::JwtValidator;
 use crate::ops::{self, HealthPolicy};
@@ -170,11 +171,15 @@ pub async fn serve(args: ServeArgs, demo: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The whole HTTP application of `serve`.
+/// The whole HTTP application of `serve`: the stream, the dashboard, `/healthz` and `/metrics`.
 pub fn app(stream: EventStream, admins: HashSet<String>) -> Router {
-    let _ = &admins;
+    let dashboard = DashboardConfig {
+        admins,
+        ..DashboardConfig::default()
+    };
     Router::new()
         .merge(stream.router())
+        .merge(dashboard::router(stream.clone(), dashboard))
         .merge(ops::router(stream, HealthPolicy::default()))
         .layer(crate::telemetry::request_layer())
 }

@@ -276,6 +276,8 @@ async fn demo_produces_all_twelve_types_within_seconds_on_its_own_database() {
     };
 
     assert_eq!(seen.len(), 12, "{seen:?}");
+    let (signin, page) = get(&demo.address, "/admin/signin").await;
+    assert_eq!(signin, 200, "the printed dashboard is served: {page}");
     assert!(database_dir.exists());
     assert_eq!(demo.terminate().await, Some(0));
     assert!(
