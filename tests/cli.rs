@@ -54,6 +54,15 @@ async fn start(mut command: Command) -> Process {
     }
 }
 
+/// Starts `serve` on `db` on a free port with extra arguments.
+async fn serve(db: &TestDb, extra: &[&str]) -> Process {
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let mut serve = command(&args);
+    serve.env("DATABASE_URL", db.url());
+    start(serve).await
+}
+
 impl Process {
     async fn next_stdout_line(&mut self) -> String {
         tokio::time::timeout(WAIT, self.stdout.next_line())
@@ -112,15 +121,7 @@ async fn run(mut command: Command) -> (Option<i32>, String, String) {
 #[tokio::test]
 async fn serve_answers_healthz_streams_a_sql_insert_and_stops_cleanly_on_sigterm() {
     let db = TestDb::create().await;
-    let mut serve = command(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--token",
-        "t-alice=alice",
-    ]);
-    serve.env("DATABASE_URL", db.url());
-    let server = start(serve).await;
+    let server = serve(&db, &["--token", "t-alice=alice"]).await;
 
     let deadline = tokio::time::Instant::now() + WAIT;
     let health = loop {
@@ -169,9 +170,7 @@ async fn serve_answers_healthz_streams_a_sql_insert_and_stops_cleanly_on_sigterm
 #[tokio::test]
 async fn emit_then_tail_json_shows_the_event() {
     let db = TestDb::create().await;
-    let mut serve = command(&["serve", "--listen", "127.0.0.1:0", "--token", "t-bob=bob"]);
-    serve.env("DATABASE_URL", db.url());
-    let server = start(serve).await;
+    let server = serve(&db, &["--token", "t-bob=bob"]).await;
 
     let mut emit = command(&[
         "emit",
@@ -395,17 +394,7 @@ async fn headers_trickled_byte_by_byte_are_cut_off_by_the_header_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let db = TestDb::create().await;
-    let mut serve = command(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--token",
-        "t=u",
-        "--header-timeout-ms",
-        "300",
-    ]);
-    serve.env("DATABASE_URL", db.url());
-    let server = start(serve).await;
+    let server = serve(&db, &["--token", "t=u", "--header-timeout-ms", "300"]).await;
     let mut socket = tokio::net::TcpStream::connect(server.address.trim_start_matches("http://"))
         .await
         .expect("connect");
@@ -441,17 +430,7 @@ async fn a_client_that_stops_reading_is_dropped_after_the_write_timeout() {
     use tokio::io::AsyncWriteExt;
 
     let db = TestDb::create().await;
-    let mut serve = command(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--token",
-        "t=u",
-        "--write-timeout-ms",
-        "300",
-    ]);
-    serve.env("DATABASE_URL", db.url());
-    let server = start(serve).await;
+    let server = serve(&db, &["--token", "t=u", "--write-timeout-ms", "300"]).await;
     let address: std::net::SocketAddr = server
         .address
         .trim_start_matches("http://")
@@ -486,9 +465,7 @@ async fn an_oversized_request_head_is_refused() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let db = TestDb::create().await;
-    let mut serve = command(&["serve", "--listen", "127.0.0.1:0", "--token", "t=u"]);
-    serve.env("DATABASE_URL", db.url());
-    let server = start(serve).await;
+    let server = serve(&db, &["--token", "t=u"]).await;
     let mut socket = tokio::net::TcpStream::connect(server.address.trim_start_matches("http://"))
         .await
         .expect("connect");
@@ -516,15 +493,7 @@ async fn serve_accepts_hs256_jwts_and_ends_the_stream_when_one_expires() {
     use jsonwebtoken::{encode, EncodingKey, Header};
 
     let db = TestDb::create().await;
-    let mut serve = command(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--jwt-secret",
-        "shared-secret",
-    ]);
-    serve.env("DATABASE_URL", db.url());
-    let server = start(serve).await;
+    let server = serve(&db, &["--jwt-secret", "shared-secret"]).await;
     let token = |exp: i64| {
         let claims = serde_json::json!({ "sub": "carol", "exp": exp });
         encode(

@@ -193,23 +193,8 @@ impl TestApp {
 
     /// Serves an already started stream at `address`.
     pub async fn serve(stream: EventStream, address: &str) -> TestApp {
-        let listener = TcpListener::bind(address).await.expect("bind a test port");
-        let base_url = format!("http://{}", listener.local_addr().expect("a bound address"));
-        let stop = CancellationToken::new();
         let app = stream.router();
-        let stopped = stop.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stopped.cancelled().await })
-                .await
-                .expect("serve the test app");
-        });
-        TestApp {
-            stream,
-            base_url,
-            server,
-            stop,
-        }
+        Self::serve_app(stream, address, app).await
     }
 
     /// Serves `app` (a router built around `stream`, e.g. with the dashboard merged in) at
