@@ -116,6 +116,12 @@
     });
 
     syncFamilyToggles();
+
+    // In a narrow window the filters start folded, so the events come first.
+    const details = document.getElementById('filters-details');
+    if (details && window.matchMedia('(max-width: 800px)').matches) {
+      details.open = false;
+    }
   }
 
   // ---- Live feed ----------------------------------------------------------------------------
@@ -296,10 +302,17 @@
     // resuming after the newest row received, so nothing is missed or shown twice.
     function refilter(selection) {
       rememberFilter(selection);
+      const selected = function (type) {
+        return selection === null || selection.indexOf(type) >= 0;
+      };
       Array.from(rows.rows).forEach(function (row) {
         if (row.dataset.type) {
-          row.hidden = selection !== null && selection.indexOf(row.dataset.type) < 0;
+          row.hidden = !selected(row.dataset.type);
         }
+      });
+      held = held.filter(function (html) {
+        const type = /data-type="([^"]*)"/.exec(html);
+        return !type || selected(type[1]);
       });
       if (source) {
         source.close();

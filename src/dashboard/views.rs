@@ -152,6 +152,9 @@ pub(crate) fn summarize(data: &Value) -> String {
     let Value::Object(fields) = data else {
         return one_line(&data.to_string(), SUMMARY_CHARS);
     };
+    if fields.is_empty() {
+        return "—".to_owned();
+    }
     let parts: Vec<String> = fields
         .iter()
         .map(|(key, value)| {
