@@ -40,8 +40,9 @@
 //! - **History** (`/admin/history`): stored events in a time window (`from`, `to`, UTC) with the
 //!   same type filters, newest first, with the count of matching events. "Load older events"
 //!   pages backwards by cursor, 100 at a time, as far as the table goes.
-//! - **Event detail**: select a row's time to see the whole event: id, cursor, type, timestamp,
-//!   agent, user and the pretty-printed data (a dialog; `/admin/events/<id>` as a page).
+//! - **Event detail**: click a row (or follow its time link with the keyboard) to see the whole
+//!   event: id, cursor, type, timestamp, agent, user and the pretty-printed data, in a dialog that
+//!   Escape closes; `/admin/events/<id>` shows the same as a page.
 //! - **Operations** (`/admin/operations`, refreshed every 5 s): this instance's open connections
 //!   (subscriber, JSON stream or dashboard, types, connected since, how many commits behind the
 //!   head), the listener's state, last position and reconnects, events per type over the last
