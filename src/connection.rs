@@ -317,7 +317,7 @@ impl Connection {
         store::is_revoked(&**client, subscriber)
             .await
             .map_err(|error| {
-                warn!(error = %error, "revocation check failed");
+                warn!(error = %crate::error::describe_postgres(&error), "revocation check failed");
                 unavailable
             })
     }

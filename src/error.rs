@@ -39,10 +39,10 @@ pub enum PublishError {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The database answered with an error, or the connection broke.
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe_postgres(.0))]
     Database(#[from] tokio_postgres::Error),
     /// No pooled connection could be had.
-    #[error("no database connection available: {0}")]
+    #[error("no database connection available: {}", describe_pool(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
     /// The event itself is malformed.
     #[error(transparent)]
@@ -50,4 +50,25 @@ pub enum Error {
     /// The configuration is inconsistent.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+}
+
+/// What PostgreSQL said, not just "db error": the server's message, or the I/O cause.
+pub(crate) fn describe_postgres(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return match db.detail() {
+            Some(detail) => format!("{} ({detail})", db.message()),
+            None => db.message().to_owned(),
+        };
+    }
+    match std::error::Error::source(error) {
+        Some(cause) => format!("{error}: {cause}"),
+        None => error.to_string(),
+    }
+}
+
+fn describe_pool(error: &deadpool_postgres::PoolError) -> String {
+    match error {
+        deadpool_postgres::PoolError::Backend(error) => describe_postgres(error),
+        other => other.to_string(),
+    }
 }

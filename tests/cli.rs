@@ -530,3 +530,24 @@ async fn serve_accepts_hs256_jwts_and_ends_the_stream_when_one_expires() {
     );
     assert_eq!(server.terminate().await, Some(0));
 }
+
+#[tokio::test]
+async fn a_database_the_role_cannot_write_is_one_line_and_a_nonzero_exit() {
+    let db = TestDb::create_empty().await;
+    let role = format!("kavach_reader_{}", std::process::id());
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN"
+        ))
+        .await
+        .expect("create a role without privileges");
+    let mut serve = command(&["serve", "--listen", "127.0.0.1:0", "--token", "t=u"]);
+    serve.env("DATABASE_URL", format!("{} user={role}", db.url()));
+
+    let (code, _, stderr) = run(serve).await;
+
+    assert_eq!(code, Some(1));
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+}
