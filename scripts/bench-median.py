@@ -12,7 +12,7 @@ KEYS = [
     "deliveries_per_s", "commit_p50_ms", "commit_p99_ms", "commit_p999_ms", "commit_max_ms",
     "start_p50_ms", "start_p99_ms", "start_p999_ms", "start_max_ms", "server_cpu_us_per_delivery",
     "db_cpu_us_per_delivery", "server_cpu_pct", "db_cpu_pct", "rss_peak_mib",
-    "rss_kib_per_connection", "written", "events_per_s", "connects_per_s", "connect_p50_ms",
+    "rss_kib_per_connection", "written", "written_per_s", "events_per_s", "connects_per_s", "connect_p50_ms",
     "connect_p99_ms", "connect_max_ms", "lost", "duplicated", "reordered", "client_errors",
 ]
 

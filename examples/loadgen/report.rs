@@ -47,6 +47,11 @@ impl Report {
         let seconds = summary.window.as_secs_f64();
 
         report.set("written", json!(summary.written));
+        let writing = options.warmup + options.duration;
+        report.set(
+            "written_per_s",
+            json!(round(summary.written as f64 / writing, 0)),
+        );
         report.set("deliveries", json!(delivered));
         report.set(
             "deliveries_per_s",
