@@ -4,7 +4,7 @@
 #   plain    no trigger
 #   notify   a statement-level trigger that rings NOTIFY (NOTIFY's commit lock is the ceiling)
 #   kavach   kavach_stream_events itself: the commit-time sequencer (which also rings NOTIFY)
-# and the same with 100-row INSERTs. RUNS (default 3) runs of SECONDS (default 10) each, median.
+# and the same with 100-row INSERTs. RUNS (default 3) runs of RUN_SECONDS (default 10) each, median.
 #
 #   cargo build --release          # for `kavach-stream migrate`
 #   scripts/bench-pgbench.sh
@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS=${RUNS:-3}
-SECONDS_PER_RUN=${SECONDS:-10}
+SECONDS_PER_RUN=${RUN_SECONDS:-10}
 CLIENTS=${CLIENTS:-8}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 KAVACH=${KAVACH:-target/release/kavach-stream}
@@ -38,7 +38,7 @@ trap cleanup EXIT
   -o "-k $dir -c listen_addresses= -c max_connections=100" start >/dev/null
 psql=("$PG_BIN/psql" -h "$dir" -U postgres -d postgres -qAt -v ON_ERROR_STOP=1)
 
-"$KAVACH" migrate --database-url "host=$dir user=postgres dbname=postgres" >/dev/null
+"$KAVACH" migrate --database-url "host=$dir user=postgres dbname=postgres" >/dev/null 2>&1
 "${psql[@]}" <<'SQL'
 CREATE TABLE bench_plain (LIKE kavach_stream_events INCLUDING ALL);
 CREATE TABLE bench_notify (LIKE kavach_stream_events INCLUDING ALL);

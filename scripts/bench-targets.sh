@@ -30,9 +30,9 @@ run() { # label, loadgen arguments...
 
 target() {
   case $1 in
-    fanout100) run fanout100 -n 100 --rate 100 --duration 20 ;;
-    # Four writers at 25 events/s each: one awaited publish at a time cannot hold 100/s once the
-    # box is saturated, and the target is the delivery, not one writer's round trip.
+    # Four staggered writers at 25 events/s each: one awaited publish at a time cannot hold
+    # 100/s once the box is saturated, and the target is the delivery, not one round trip.
+    fanout100) run fanout100 -n 100 --rate 100 --writers 4 --duration 20 ;;
     fanout1000) run fanout1000 -n 1000 --rate 100 --writers 4 --duration 20 ;;
     fanout2000) run fanout2000 -n 2000 --rate 100 --writers 4 --duration 60 ;;
     # 19,000 connections, each receiving 1 event/s; RSS per connection from before/after connect.

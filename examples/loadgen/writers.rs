@@ -147,7 +147,11 @@ pub async fn start(
         let sink = Sink::open(options, target, channel, stream.as_ref()).await?;
         let ledger = ledger.clone();
         let payload_bytes = options.payload_bytes;
+        // Stagger the writers across one period, so K writers make a steady stream rather than
+        // K events at once (which the server could deliver in one write per connection).
+        let offset = writer as f64 / ledger.writers() as f64 / rate;
         handles.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(offset)).await;
             run_writer(writer, sink, ledger, rate, stop_at, payload_bytes).await
         }));
     }
