@@ -5,7 +5,8 @@
 //! after its cursor that matches its filters, then reads the hub and drops what it already sent by
 //! position: no gap, no duplicate. If it falls out of the hub's window it reads the table again
 //! from its own cursor. The HTTP server only polls for the next chunk when the socket can take it,
-//! so a slow reader holds at most one chunk and one table page in memory.
+//! so a slow reader holds at most one chunk and two table pages (the one being written and the
+//! next, read ahead) in memory.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -110,6 +111,8 @@ pub struct Connection {
     registration: Option<Registration>,
     /// When the token stops being valid; the stream ends with an `error` frame then.
     expires_at: Option<DateTime<Utc>>,
+    /// The next replay page, being read while the current one is written.
+    prefetched: Option<PrefetchedPage>,
     /// Resolves on shutdown, revocation or expiry. Built once when the connection first goes
     /// live, not on every wake-up: building these futures per delivery took the shared shutdown
     /// token's mutex twice and registered with its waiter list every time (about 5 % of the
@@ -155,6 +158,7 @@ impl Connection {
             registration: None,
             expires_at: None,
             end_signal: None,
+            prefetched: None,
         }
     }
 
@@ -383,9 +387,30 @@ impl Connection {
     }
 
     /// One page of the table after `last_seen`; switches to live once the table is exhausted.
+    /// While a full page is written, the next one is already being read.
     async fn replay_page(&mut self) -> Option<Bytes> {
         let limit = self.shared.config.read_batch_size as i64;
-        let page = match self.read_page(limit).await {
+        let prefetched = self
+            .prefetched
+            .take()
+            .filter(|page| page.after == self.last_seen);
+        let read = match prefetched {
+            Some(page) => page.join().await,
+            None => None,
+        };
+        let read = match read {
+            Some(read) => read,
+            None => {
+                read_page(
+                    self.shared.pool.clone(),
+                    self.last_seen,
+                    self.filter.clone(),
+                    limit,
+                )
+                .await
+            }
+        };
+        let page = match read {
             Ok(page) => page,
             Err(error) => {
                 warn!(error = %error, cursor = %self.last_seen, "replay read failed; closing the connection");
@@ -403,6 +428,13 @@ impl Connection {
         }
         if (page.len() as i64) < limit {
             self.enter_live();
+        } else {
+            self.prefetched = Some(PrefetchedPage::start(
+                &self.shared,
+                self.last_seen,
+                &self.filter,
+                limit,
+            ));
         }
         if page.is_empty() {
             return None;
@@ -417,18 +449,6 @@ impl Connection {
             .fetch_add(page.len() as u64, Relaxed);
         self.record_position();
         Some(chunk.freeze())
-    }
-
-    async fn read_page(&self, limit: i64) -> Result<Vec<StoredEvent>, crate::Error> {
-        let client = self.shared.pool.get().await?;
-        Ok(store::read_page(
-            &**client,
-            self.last_seen,
-            Direction::Forward,
-            &self.filter,
-            limit,
-        )
-        .await?)
     }
 
     /// Leaves replay: the time bound applied only to stored events. The first replay, the one the
@@ -683,4 +703,42 @@ async fn until(moment: Option<DateTime<Utc>>) {
     };
     let wait = (moment - Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(wait).await;
+}
+
+/// Reads one page of the table after `after`, oldest first.
+async fn read_page(
+    pool: deadpool_postgres::Pool,
+    after: Cursor,
+    filter: EventFilter,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, crate::Error> {
+    let client = pool.get().await?;
+    Ok(store::read_page(&**client, after, Direction::Forward, &filter, limit).await?)
+}
+
+/// A replay page read ahead on its own task; dropping it abandons the read.
+struct PrefetchedPage {
+    after: Cursor,
+    task: tokio::task::JoinHandle<Result<Vec<StoredEvent>, crate::Error>>,
+}
+
+impl PrefetchedPage {
+    fn start(shared: &Shared, after: Cursor, filter: &EventFilter, limit: i64) -> Self {
+        let read = read_page(shared.pool.clone(), after, filter.clone(), limit);
+        PrefetchedPage {
+            after,
+            task: tokio::spawn(read),
+        }
+    }
+
+    /// The page, or `None` if the task failed to finish (the caller reads again).
+    async fn join(mut self) -> Option<Result<Vec<StoredEvent>, crate::Error>> {
+        (&mut self.task).await.ok()
+    }
+}
+
+impl Drop for PrefetchedPage {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
