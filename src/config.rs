@@ -27,7 +27,7 @@ pub type ValidatorError = Box<dyn std::error::Error + Send + Sync>;
 /// ```
 /// use kavach_stream::StreamConfig;
 /// let config = StreamConfig::default().validate_token(|token: String| async move {
-///     Ok(if token == "secret" { Some("user-1".to_owned()) } else { None })
+///     Ok::<_, std::io::Error>(if token == "secret" { Some("user-1".to_owned()) } else { None })
 /// });
 /// ```
 pub trait TokenValidator: Send + Sync + 'static {
