@@ -37,6 +37,7 @@ mod config;
 mod connection;
 pub mod dashboard;
 mod demo;
+mod direct;
 pub mod embedded;
 mod error;
 mod event;

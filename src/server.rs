@@ -160,7 +160,7 @@ pub async fn serve(args: ServeArgs, demo: bool) -> anyhow::Result<()> {
         write_timeout: Duration::from_millis(args.write_timeout_ms),
         ..ServerLimits::default()
     };
-    transport::serve(listener, app, limits, shutdown).await;
+    transport::serve(listener, app, Some(stream.clone()), limits, shutdown).await;
 
     if let Some(traffic) = traffic {
         let _ = traffic.await;

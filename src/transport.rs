@@ -4,6 +4,10 @@
 //! socket's kernel send buffer is capped, and request heads are capped in size. Shutdown stops
 //! accepting and waits for open connections, whose SSE bodies end when the stream closes.
 //!
+//! Given the `EventStream`, the first request head of each connection is read here and a stream
+//! request is served directly on the socket (`crate::direct`), without hyper's per-connection
+//! buffers; everything else goes to hyper and the app.
+//!
 //! Limitations: no TLS and no HTTP/2 here; put a TLS-terminating proxy in front.
 
 use std::future::Future;
@@ -21,6 +25,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
 use tracing::{debug, warn};
+
+use crate::direct::{self, Head, Rewound};
+use crate::stream::EventStream;
 
 /// The limits applied to every connection.
 #[derive(Debug, Clone, Copy)]
@@ -47,9 +54,11 @@ impl Default for ServerLimits {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then waits for open connections.
+/// Requests for `stream`'s SSE path, when given, are served directly on the socket.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    stream: Option<EventStream>,
     limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -77,11 +86,45 @@ pub async fn serve(
         if let Err(error) = tune(&socket, &limits) {
             debug!(error = %error, "could not set socket options");
         }
-        let io = TokioIo::new(WriteTimeout::new(socket, limits.write_timeout));
-        let connection = http.serve_connection(io, TowerToHyperService::new(app.clone()));
-        let connection = graceful.watch(connection);
+        let mut socket = WriteTimeout::new(socket, limits.write_timeout);
+        let watcher = graceful.watcher();
+        let app = app.clone();
+        let http = http.clone();
+        let stream = stream.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let prefix = match &stream {
+                None => Vec::new(),
+                Some(stream) => {
+                    let head = direct::read_head(
+                        &mut socket,
+                        stream,
+                        limits.max_head_bytes,
+                        limits.header_read_timeout,
+                    )
+                    .await;
+                    match head {
+                        Head::Stream(request, response) => {
+                            // Shutdown ends the stream itself; holding the watcher makes
+                            // `serve` wait for this connection's last frame.
+                            direct::respond(socket, request, response).await;
+                            drop(watcher);
+                            return;
+                        }
+                        Head::Other(prefix) => prefix,
+                        Head::TooLarge => {
+                            let _ =
+                                tokio::io::AsyncWriteExt::write_all(&mut socket, direct::TOO_LARGE)
+                                    .await;
+                            return;
+                        }
+                        Head::Gone => return,
+                    }
+                }
+            };
+            // Boxed so that a streaming connection's task does not carry hyper's state's size.
+            let io = TokioIo::new(Rewound::new(prefix, socket));
+            let connection = http.serve_connection(io, TowerToHyperService::new(app));
+            if let Err(error) = Box::pin(watcher.watch(connection)).await {
                 debug!(peer = %peer, error = %error, "connection ended with an error");
             }
         });

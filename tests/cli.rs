@@ -551,3 +551,108 @@ async fn a_database_the_role_cannot_write_is_one_line_and_a_nonzero_exit() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("permission denied"), "{stderr}");
 }
+
+/// Reads from `socket` until what was received contains `needle`; returns all of it.
+async fn read_until(socket: &mut tokio::net::TcpStream, received: &mut Vec<u8>, needle: &str) {
+    use tokio::io::AsyncReadExt;
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !String::from_utf8_lossy(received).contains(needle) {
+        let mut buffer = [0u8; 4096];
+        let read = tokio::time::timeout_at(deadline, socket.read(&mut buffer))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "never received {needle:?}: {}",
+                    String::from_utf8_lossy(received)
+                )
+            })
+            .expect("readable");
+        assert!(
+            read > 0,
+            "closed before {needle:?}: {}",
+            String::from_utf8_lossy(received)
+        );
+        received.extend_from_slice(&buffer[..read]);
+    }
+}
+
+#[tokio::test]
+async fn stream_requests_are_served_on_the_socket_in_http_1_1_and_1_0_and_others_reach_the_app() {
+    use tokio::io::AsyncWriteExt;
+
+    let db = TestDb::create().await;
+    let server = serve(&db, &["--token", "t=u"]).await;
+    let host = server.address.trim_start_matches("http://").to_owned();
+
+    // HTTP/1.1, the head sent in pieces: chunked, and the slot is freed when the client leaves.
+    let mut chunked = tokio::net::TcpStream::connect(&host)
+        .await
+        .expect("connect");
+    chunked.set_nodelay(true).expect("nodelay");
+    for piece in [
+        "GET /api/kavach/events/stream?token=t HT",
+        "TP/1.1\r\nHost: x\r\nAccept: text/event-",
+        "stream\r\n\r\n",
+    ] {
+        chunked.write_all(piece.as_bytes()).await.expect("send");
+    }
+    let mut received = Vec::new();
+    read_until(&mut chunked, &mut received, "event: connected").await;
+    let text = String::from_utf8_lossy(&received).to_string();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(
+        text.contains("content-type: text/event-stream\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+
+    // HTTP/1.0: no chunked framing, the body runs until the connection closes.
+    let mut plain = tokio::net::TcpStream::connect(&host)
+        .await
+        .expect("connect");
+    plain
+        .write_all(
+            b"GET /api/kavach/events/stream?token=t HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n",
+        )
+        .await
+        .expect("send");
+    let mut plain_received = Vec::new();
+    read_until(&mut plain, &mut plain_received, "event: connected").await;
+    let plain_text = String::from_utf8_lossy(&plain_received).to_string();
+    assert!(!plain_text.contains("transfer-encoding"), "{plain_text}");
+    let body = plain_text.split_once("\r\n\r\n").expect("a head").1;
+    assert!(
+        body.starts_with("retry:")
+            || body.starts_with(':')
+            || body.starts_with("event:")
+            || body.starts_with("id:"),
+        "{body}"
+    );
+
+    wait_for_connections(&server.address, 2).await;
+    db.client()
+        .await
+        .batch_execute("INSERT INTO kavach_stream_events (type) VALUES ('agent.created')")
+        .await
+        .expect("insert");
+    read_until(&mut chunked, &mut received, "event: agent.created").await;
+    read_until(&mut plain, &mut plain_received, "event: agent.created").await;
+    drop(chunked);
+    drop(plain);
+    wait_for_connections(&server.address, 0).await;
+
+    // Two pipelined requests that are not stream requests: the app answers both, in order.
+    let mut pipelined = tokio::net::TcpStream::connect(&host)
+        .await
+        .expect("connect");
+    pipelined
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send");
+    let mut answers = Vec::new();
+    read_until(&mut pipelined, &mut answers, "HTTP/1.1 404").await;
+    assert!(String::from_utf8_lossy(&answers).starts_with("HTTP/1.1 200 OK\r\n"));
+
+    assert_eq!(server.terminate().await, Some(0));
+}
