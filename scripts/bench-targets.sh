@@ -7,6 +7,7 @@
 #   scripts/bench-targets.sh                       # every target
 #   scripts/bench-targets.sh fanout100 catchup     # some of them
 #   RUNS=5 OUT=target/bench/mine.jsonl scripts/bench-targets.sh fanout1000
+#   SERVERS="/tmp/before /tmp/after" scripts/bench-targets.sh idle19k   # two builds, alternating
 #
 # Targets: fanout100 fanout1000 fanout2000 idle19k emit sqlpath catchup connect
 # (pgbench comparisons: scripts/bench-pgbench.sh; Nchan side by side: scripts/bench-vs-nchan.sh)
@@ -23,8 +24,15 @@ run() { # label, loadgen arguments...
   local label=$1
   shift
   for i in $(seq 1 "$RUNS"); do
-    echo "== $label run $i/$RUNS" >&2
-    "$LOADGEN" --json --label "$label" "$@" | tee -a "$OUT" || echo "   (run failed: exit $?)" >&2
+    for server in ${SERVERS:-default}; do
+      local named=$label server_args=()
+      if [ "$server" != default ]; then
+        named="$label@$(basename "$server")"
+        server_args=(--server-bin "$server")
+      fi
+      echo "== $named run $i/$RUNS" >&2
+      "$LOADGEN" --json --label "$named" "${server_args[@]}" "$@" | tee -a "$OUT" || echo "   (run failed: exit $?)" >&2
+    done
   done
 }
 
