@@ -38,8 +38,9 @@ const MAX_IGNORED_BYTES: usize = 16 * 1024;
 
 /// What the first request head on a connection turned out to be.
 pub(crate) enum Head {
-    /// A stream request, already answered; write it with [`respond`].
-    Stream(Request<()>, Response),
+    /// A stream request, already answered; write it with [`respond`]. `chunked` unless the
+    /// client spoke HTTP/1.0.
+    Stream { chunked: bool, response: Response },
     /// Anything else: hyper serves the connection, reading these bytes first.
     Other(Vec<u8>),
     /// Larger than the limit: answered 431 here.
@@ -81,9 +82,13 @@ pub(crate) async fn read_head<S: AsyncRead + Unpin>(
         let Some(request) = to_request(&parsed) else {
             return Head::Other(buffer);
         };
-        return match stream.handle_request(&request) {
-            Some(response) => Head::Stream(request, response),
-            None => Head::Other(buffer),
+        let Some(response) = stream.handle_request(&request) else {
+            return Head::Other(buffer);
+        };
+        debug!(method = %request.method(), path = %request.uri().path(), status = response.status().as_u16(), "stream response");
+        return Head::Stream {
+            chunked: request.version() != Version::HTTP_10,
+            response,
         };
     }
 }
@@ -110,22 +115,18 @@ fn to_request(parsed: &httparse::Request<'_, '_>) -> Option<Request<()>> {
 pub(crate) const TOO_LARGE: &[u8] =
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
 
-/// Writes `response` to the client that sent `request`, then closes the connection. A streaming
-/// body is written chunk by chunk as it comes (chunked for HTTP/1.1, close-delimited for 1.0)
-/// until it ends or the client leaves; a fixed body (a refusal) is written whole.
+/// Writes `response`, then closes the connection. A streaming body is written chunk by chunk as
+/// it comes (`chunked` transfer encoding, or close-delimited for an HTTP/1.0 client) until it ends
+/// or the client leaves; a fixed body (a refusal) is written whole.
 pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     mut socket: S,
-    request: Request<()>,
+    chunked: bool,
     response: Response,
 ) {
-    let status = response.status();
-    debug!(method = %request.method(), path = %request.uri().path(), status = status.as_u16(), "stream response");
     let (parts, mut body) = response.into_parts();
-    let chunked = request.version() != Version::HTTP_10;
     let fixed_length = body.size_hint().exact();
-    drop(request);
 
-    let mut head = format!("HTTP/1.1 {status}\r\n").into_bytes();
+    let mut head = format!("HTTP/1.1 {}\r\n", parts.status).into_bytes();
     for (name, value) in &parts.headers {
         head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");

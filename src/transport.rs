@@ -12,6 +12,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -19,9 +20,9 @@ use std::time::Duration;
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
 use tracing::{debug, warn};
@@ -86,52 +87,63 @@ pub async fn serve(
         if let Err(error) = tune(&socket, &limits) {
             debug!(error = %error, "could not set socket options");
         }
-        let mut socket = WriteTimeout::new(socket, limits.write_timeout);
-        let watcher = graceful.watcher();
-        let app = app.clone();
-        let http = http.clone();
-        let stream = stream.clone();
-        tokio::spawn(async move {
-            let prefix = match &stream {
-                None => Vec::new(),
-                Some(stream) => {
-                    let head = direct::read_head(
-                        &mut socket,
-                        stream,
-                        limits.max_head_bytes,
-                        limits.header_read_timeout,
-                    )
-                    .await;
-                    match head {
-                        Head::Stream(request, response) => {
-                            // Shutdown ends the stream itself; holding the watcher makes
-                            // `serve` wait for this connection's last frame.
-                            direct::respond(socket, request, response).await;
-                            drop(watcher);
-                            return;
-                        }
-                        Head::Other(prefix) => prefix,
-                        Head::TooLarge => {
-                            let _ =
-                                tokio::io::AsyncWriteExt::write_all(&mut socket, direct::TOO_LARGE)
-                                    .await;
-                            return;
-                        }
-                        Head::Gone => return,
-                    }
-                }
-            };
-            // Boxed so that a streaming connection's task does not carry hyper's state's size.
-            let io = TokioIo::new(Rewound::new(prefix, socket));
-            let connection = http.serve_connection(io, TowerToHyperService::new(app));
-            if let Err(error) = Box::pin(watcher.watch(connection)).await {
-                debug!(peer = %peer, error = %error, "connection ended with an error");
-            }
-        });
+        let socket = WriteTimeout::new(socket, limits.write_timeout);
+        tokio::spawn(connection(
+            socket,
+            peer,
+            app.clone(),
+            http.clone(),
+            stream.clone(),
+            limits,
+            graceful.watcher(),
+        ));
     }
 
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// One accepted connection: a stream request is served on the socket, anything else by hyper.
+async fn connection(
+    mut socket: WriteTimeout<TcpStream>,
+    peer: SocketAddr,
+    app: Router,
+    http: http1::Builder,
+    stream: Option<EventStream>,
+    limits: ServerLimits,
+    watcher: Watcher,
+) {
+    let mut prefix = Vec::new();
+    if let Some(stream) = &stream {
+        let head = direct::read_head(
+            &mut socket,
+            stream,
+            limits.max_head_bytes,
+            limits.header_read_timeout,
+        )
+        .await;
+        match head {
+            Head::Stream { chunked, response } => {
+                // Shutdown ends the stream itself; holding the watcher until then makes `serve`
+                // wait for this connection's last frame.
+                direct::respond(socket, chunked, response).await;
+                drop(watcher);
+                return;
+            }
+            Head::Other(read) => prefix = read,
+            Head::TooLarge => {
+                let _ = socket.write_all(direct::TOO_LARGE).await;
+                return;
+            }
+            Head::Gone => return,
+        }
+    }
+    let io = TokioIo::new(Rewound::new(prefix, socket));
+    let connection = http.serve_connection(io, TowerToHyperService::new(app));
+    // Boxed, so that the task of a stream connection does not carry the size of hyper's state.
+    if let Err(error) = Box::pin(watcher.watch(connection)).await {
+        debug!(peer = %peer, error = %error, "connection ended with an error");
+    }
 }
 
 fn tune(socket: &TcpStream, limits: &ServerLimits) -> io::Result<()> {
