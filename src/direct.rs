@@ -127,7 +127,17 @@ pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     let fixed_length = body.size_hint().exact();
 
     let mut head = format!("HTTP/1.1 {}\r\n", parts.status).into_bytes();
-    for (name, value) in &parts.headers {
+    // Framing is this function's business: any framing header the response carries is dropped.
+    let framing = [
+        http::header::CONTENT_LENGTH,
+        http::header::TRANSFER_ENCODING,
+        http::header::CONNECTION,
+    ];
+    for (name, value) in parts
+        .headers
+        .iter()
+        .filter(|(name, _)| !framing.contains(name))
+    {
         head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value.as_bytes());
