@@ -1,5 +1,6 @@
 //! Commit order under concurrency and faults: concurrent writers with rollbacks, a long unrelated
-//! transaction, a killed listener connection, and a restart between two servers.
+//! transaction, a killed listener connection, a restart between two servers; and instances that
+//! migrate the same empty database at once.
 
 mod common;
 
@@ -286,4 +287,44 @@ async fn last_event_id_resumes_after_that_event_across_a_server_restart() {
         .collect();
     assert_eq!(numbers, [3, 4, 5]);
     after.stop().await;
+}
+
+#[tokio::test]
+async fn instances_migrating_an_empty_database_at_once_apply_each_migration_once() {
+    let db = TestDb::create_empty().await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(db.client().await);
+    }
+
+    let runs = futures_util::future::join_all(
+        clients
+            .iter_mut()
+            .map(|client| async move { kavach_stream::migrate(client).await }),
+    )
+    .await;
+
+    let mut applied: Vec<String> = Vec::new();
+    for run in runs {
+        let run = run.expect("every instance migrates without an error");
+        applied.extend(run.into_iter().map(|migration| migration.name));
+    }
+    applied.sort();
+    let expected: Vec<String> = kavach_stream::migrations()
+        .into_iter()
+        .map(|migration| migration.name)
+        .collect();
+    assert_eq!(
+        applied, expected,
+        "each migration applied by exactly one instance"
+    );
+
+    let recorded: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM kavach_stream_migrations", &[])
+        .await
+        .expect("the migrations table")
+        .get(0);
+    assert_eq!(recorded, expected.len() as i64);
 }
