@@ -25,7 +25,10 @@ const FRAME: usize = 260;
 fn main() -> std::io::Result<()> {
     let args: Vec<usize> = std::env::args()
         .skip(1)
-        .map(|arg| arg.parse().expect("numbers: connections rate seconds per_write"))
+        .map(|arg| {
+            arg.parse()
+                .expect("numbers: connections rate seconds per_write")
+        })
         .collect();
     let connections = args.first().copied().unwrap_or(1000);
     let rate = args.get(1).copied().unwrap_or(100).max(1);
@@ -93,7 +96,11 @@ fn main() -> std::io::Result<()> {
                         IoSlice::new(b"\r\n"),
                     ];
                     let written = server.write_vectored(&slices)?;
-                    assert_eq!(written, FRAME * per_write, "a short write: raise the send buffer");
+                    assert_eq!(
+                        written,
+                        FRAME * per_write,
+                        "a short write: raise the send buffer"
+                    );
                     writes += 1;
                 }
             }
@@ -103,7 +110,11 @@ fn main() -> std::io::Result<()> {
         }
         let (user_after, system_after) = thread_cpu();
         drop(servers);
-        Ok((writes, user_after - user_before, system_after - system_before))
+        Ok((
+            writes,
+            user_after - user_before,
+            system_after - system_before,
+        ))
     });
 
     let (writes, user, system) = writer.join().expect("the writer thread")?;
@@ -114,7 +125,11 @@ fn main() -> std::io::Result<()> {
         }
         Ok::<u64, std::io::Error>(total)
     })?;
-    assert_eq!(received, writes * (FRAME * per_write) as u64, "every byte arrived");
+    assert_eq!(
+        received,
+        writes * (FRAME * per_write) as u64,
+        "every byte arrived"
+    );
 
     let per = |time: Duration| time.as_secs_f64() * 1e6 / writes as f64;
     let frames = writes * per_write as u64;
