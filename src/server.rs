@@ -166,6 +166,9 @@ pub async fn serve(args: ServeArgs, demo: bool) -> anyhow::Result<()> {
         let _ = traffic.await;
     }
     stream.close().await;
+    // End the pool's connections before the database stops: a temporary database would terminate
+    // them, and each would log a connection error on the way out.
+    stream.pool().close();
     database.close().await;
     info!("stopped");
     Ok(())
