@@ -95,9 +95,10 @@ async fn a_slow_client_costs_bounded_memory_while_fast_clients_get_every_event()
     .await;
     let url = server.stream_url("");
 
-    let mut slow = match with_slow {
-        true => Some(SlowClient::connect(&server.base_url, None).await),
-        false => None,
+    let mut slow = if with_slow {
+        Some(SlowClient::connect(&server.base_url, None).await)
+    } else {
+        None
     };
     let logs: Vec<Arc<Mutex<FastLog>>> = (0..clients)
         .map(|_| Arc::new(Mutex::new(FastLog::default())))
@@ -148,15 +149,14 @@ async fn a_slow_client_costs_bounded_memory_while_fast_clients_get_every_event()
 
     // Now the slow client reads at full speed; if the server closed it, it resumes.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while let Some(client) = slow.as_mut().filter(|_| slow_ids.len() < total) {
-        if Instant::now() >= deadline {
-            break;
-        }
-        match client.next_event_id().await {
-            Some(id) => slow_ids.push(id),
-            None => {
-                let last = slow_ids.last().cloned().unwrap_or_else(|| "0-0".to_owned());
-                *client = SlowClient::connect(&server.base_url, Some(&last)).await;
+    if let Some(client) = &mut slow {
+        while slow_ids.len() < total && Instant::now() < deadline {
+            match client.next_event_id().await {
+                Some(id) => slow_ids.push(id),
+                None => {
+                    let last = slow_ids.last().cloned().unwrap_or_else(|| "0-0".to_owned());
+                    *client = SlowClient::connect(&server.base_url, Some(&last)).await;
+                }
             }
         }
     }
